@@ -1,0 +1,230 @@
+"""Profiles (smoke / cpu / full), device choice, seeding, threads and paper configs.
+
+A profile is a budget, not a switch of behaviour:
+
+- ``smoke``: seconds; runs every code path; used by the test suite.
+- ``cpu``: at most 3 minutes on a 2-core laptop, offline data; already shows the central claim.
+- ``full``: one GPU, at most 10 minutes on one H100.
+
+Notebooks call :func:`setup` once, right after their parameters cell, and each paper module builds its
+sizes with :func:`build_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import random
+import resource
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+PROFILES: tuple[str, ...] = ("smoke", "cpu", "full")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+THREADS_ENV = "REPRO_NUM_THREADS"
+
+
+class ConfigError(ValueError):
+    """A knob is unknown, out of range, or inconsistent with the profile."""
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return profile
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` means CUDA when a GPU is visible to torch, else CPU."""
+    base = device.split(":")[0]
+    if base not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
+    if base == "auto":
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return "cpu"
+    if base == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} was asked for but torch sees no GPU")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (JAX takes explicit keys: use ``RunContext.key``)."""
+    import numpy as np
+
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def default_threads(profile: str) -> int:
+    """One thread for the small smoke/cpu models (far faster on few cores); the runner's share on full."""
+    share = int(os.environ.get(THREADS_ENV, "0") or 0)
+    if profile in ("smoke", "cpu"):
+        return 1
+    return share or (os.cpu_count() or 1)
+
+
+def set_threads(n: int) -> None:
+    """Limit BLAS, torch and (if not imported yet) XLA to ``n`` threads in this process."""
+    n = max(1, int(n))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "jax" not in sys.modules:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "intra_op_parallelism_threads" not in flags:
+            single = " --xla_cpu_multi_thread_eigen=false" if n == 1 else ""
+            os.environ["XLA_FLAGS"] = f"{flags}{single} intra_op_parallelism_threads={n}".strip()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except (ImportError, RuntimeError):  # pragma: no cover
+        pass
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a notebook run needs to know about where and how it runs."""
+
+    profile: str
+    seed: int
+    device: str
+    threads: int
+    jax_x64: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def torch_device(self):
+        import torch
+
+        return torch.device(self.device)
+
+    def key(self, offset: int = 0):
+        """A JAX PRNG key derived from the run's seed."""
+        import jax
+
+        return jax.random.PRNGKey(self.seed + offset)
+
+    def generator(self, offset: int = 0):
+        """A NumPy generator derived from the run's seed."""
+        import numpy as np
+
+        return np.random.default_rng(self.seed + offset)
+
+    def torch_generator(self, offset: int = 0):
+        import torch
+
+        g = torch.Generator(device="cpu")
+        g.manual_seed(self.seed + offset)
+        return g
+
+
+_CURRENT: RunContext | None = None
+
+
+def setup(profile: str = "cpu", seed: int = 0, device: str = "auto", *, threads: int | None = None,
+          jax_x64: bool = False) -> RunContext:
+    """Validate the run's parameters, set threads, seed every library and pick the device."""
+    global _CURRENT
+    check_profile(profile)
+    n = threads if threads is not None else default_threads(profile)
+    set_threads(n)
+    if jax_x64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    dev = resolve_device(device)
+    seed_everything(seed)
+    _CURRENT = RunContext(profile=profile, seed=seed, device=dev, threads=n, jax_x64=jax_x64)
+    return _CURRENT
+
+
+def current() -> RunContext | None:
+    return _CURRENT
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(ctx: RunContext | None = None) -> dict[str, Any]:
+    """Where this process ran: device, library versions, peak memory. Recorded with every result."""
+    from importlib import metadata
+
+    ctx = ctx or _CURRENT
+    versions = {"python": platform.python_version()}
+    for lib in ("repro", "numpy", "torch", "jax", "jaxlib", "scipy", "scikit-learn"):
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    device = ctx.device if ctx else "cpu"
+    env: dict[str, Any] = {
+        "device": device,
+        "device_name": device_name(device),
+        "threads": ctx.threads if ctx else None,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "versions": versions,
+        # ru_maxrss is in KiB on Linux
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if device.startswith("cuda"):
+        import torch
+
+        env["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return env
+
+
+def build_config(cls, presets: Mapping[str, Mapping[str, Any]], profile: str, **overrides):
+    """Build a paper's frozen config dataclass from its per-profile presets and explicit overrides.
+
+    ``None`` overrides mean "take it from the profile" (the notebooks' paper knobs default to ``None``).
+    Unknown knobs raise a :class:`ConfigError` naming them; the dataclass's own ``__post_init__`` checks
+    ranges and consistency.
+    """
+    check_profile(profile)
+    if set(presets) != set(PROFILES):
+        raise ConfigError(f"{cls.__name__} presets must cover {PROFILES}, got {tuple(presets)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"unknown knob(s) for {cls.__name__}: {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(names))}")
+    values = dict(presets[profile])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "profile" in names:
+        values["profile"] = profile
+    return cls(**values)
+
+
+def require(condition: bool, knob: str, message: str) -> None:
+    """Raise a ConfigError naming ``knob`` unless ``condition`` holds (for config ``__post_init__``)."""
+    if not condition:
+        raise ConfigError(f"{knob}: {message}")

@@ -1,0 +1,97 @@
+"""Fingerprints: a hash of everything a run depends on, so that stale results are found and fresh ones
+are not run again. Parts: the notebook's source (cells, not outputs or metadata), every ``repro`` module it
+imports (transitively), the lock file, and the run's parameters."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from repro.runner.params import cell_source
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def notebook_source_hash(nb: dict) -> str:
+    """Hash of cell types, sources and tags only: executing or re-saving a notebook leaves it unchanged."""
+    cells = [(c.get("cell_type"), cell_source(c), sorted(c.get("metadata", {}).get("tags", [])))
+             for c in nb.get("cells", [])]
+    return _sha(json.dumps(cells, sort_keys=True).encode())
+
+
+def _imports(source: str, package: str | None = None) -> set[str]:
+    """Dotted names of repro modules imported by ``source`` (``package`` resolves relative imports)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "repro")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level and package:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] != "repro":
+                continue
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
+    return found
+
+
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def imported_modules(nb: dict) -> dict[str, Path]:
+    """All repro modules a notebook depends on: its imports, their imports, and the packages on the way."""
+    code = "\n".join(cell_source(c) for c in nb.get("cells", []) if c.get("cell_type") == "code")
+    # IPython magics are not Python; drop those lines before parsing
+    code = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
+    todo = sorted(_imports(code))
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # parent packages' __init__ run on import too
+            prefix = ".".join(parts[:i])
+            if prefix in seen:
+                continue
+            path = _module_file(prefix)
+            if path is None:
+                continue
+            seen[prefix] = path
+            package = prefix if path.name == "__init__.py" else prefix.rpartition(".")[0]
+            todo.extend(sorted(_imports(path.read_text(encoding="utf-8"), package) - set(seen)))
+    return dict(sorted(seen.items()))
+
+
+def fingerprint(nb: dict, parameters: dict[str, Any], lock_file: Path | None) -> dict[str, Any]:
+    """``{"value": sha, "parts": {...}}`` for a notebook run with ``parameters``."""
+    parts: dict[str, str] = {"notebook": notebook_source_hash(nb)}
+    for name, path in imported_modules(nb).items():
+        parts[f"module:{name}"] = _sha(path.read_bytes())
+    if lock_file is not None and lock_file.is_file():
+        parts["lock"] = _sha(lock_file.read_bytes())
+    parts["parameters"] = _sha(json.dumps(parameters, sort_keys=True, default=str).encode())
+    value = _sha(json.dumps(parts, sort_keys=True).encode())
+    return {"value": value, "parts": parts}
+
+
+def changed_parts(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """Which parts differ between two fingerprints (for the 'stale because ...' message)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
