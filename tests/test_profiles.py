@@ -1,0 +1,59 @@
+"""Profiles, config building, seeding and devices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from repro.profiles import ConfigError, build_config, check_profile, require, resolve_device, setup
+
+
+@dataclass(frozen=True)
+class Toy:
+    profile: str
+    width: int
+    steps: int
+
+    def __post_init__(self):
+        require(self.width > 0, "width", f"must be positive, got {self.width}")
+
+
+PRESETS = {"smoke": {"width": 4, "steps": 2}, "cpu": {"width": 64, "steps": 100}, "full": {"width": 512, "steps": 1000}}
+
+
+def test_build_config_takes_profile_presets_and_ignores_none_overrides():
+    cfg = build_config(Toy, PRESETS, "cpu", width=None, steps=7)
+    assert cfg == Toy(profile="cpu", width=64, steps=7)
+
+
+def test_build_config_errors_name_the_knob():
+    with pytest.raises(ConfigError, match="unknown knob.*depth"):
+        build_config(Toy, PRESETS, "cpu", depth=3)
+    with pytest.raises(ConfigError, match="^width: must be positive"):
+        build_config(Toy, PRESETS, "smoke", width=-1)
+    with pytest.raises(ConfigError, match="unknown profile 'gpu'"):
+        build_config(Toy, PRESETS, "gpu")
+
+
+def test_check_profile_and_devices():
+    assert check_profile("smoke") == "smoke"
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="unknown device"):
+        resolve_device("tpu")
+
+
+def test_setup_seeds_numpy_and_torch_reproducibly():
+    import torch
+
+    ctx = setup("smoke", seed=3, device="cpu")
+    a = (np.random.rand(3), torch.rand(3))
+    setup("smoke", seed=3, device="cpu")
+    b = (np.random.rand(3), torch.rand(3))
+    assert np.array_equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert ctx.threads == 1 and torch.get_num_threads() == 1
+    assert ctx.generator().integers(1000) == setup("smoke", seed=3, device="cpu").generator().integers(1000)
+    with pytest.raises(ConfigError, match="seed"):
+        setup("smoke", seed=-1, device="cpu")
