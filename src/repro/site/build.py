@@ -239,7 +239,7 @@ def build_site(root: Path, *, build: bool = True, builddir: str | Path | None = 
     generate(root)
     if not build:
         return None
-    out = Path(builddir) if builddir else root / "_build"
+    out = Path(builddir) if builddir else root
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(out),
            "-W", "-n", "--keep-going"]
