@@ -21,7 +21,7 @@ install: $(STAMP)
 
 ## make book: run what is missing or stale (cpu profile by default), then build the site
 book: $(STAMP)
-	$(BIN)/repro run --all --profile $(PROFILE) --jobs $(JOBS) --only-existing-results
+	$(BIN)/repro run --all --profile $(PROFILE) --jobs $(JOBS)
 	$(BIN)/repro book
 
 run: $(STAMP)

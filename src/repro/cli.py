@@ -50,7 +50,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from repro.runner import RunError, plan, run_batch
+    from repro.runner import plan, run_batch
     from repro.runner.params import parse_overrides
 
     root = project_root()
@@ -58,12 +58,6 @@ def cmd_run(args) -> int:
     papers, explicit = _select(catalog, args)
     overrides = parse_overrides(args.param)
     jobs, summary = plan(papers, args.profile, overrides, root, force=args.force, explicit=explicit)
-    if args.only_existing_results:  # `make book`: refresh what has a result of this profile
-        from repro.runner.store import Store
-
-        store = Store(root)
-        jobs = [j for j in jobs if j.reason != "missing" or store.paths(args.profile, j.paper.chapter,
-                                                                          j.paper.slug).record.exists()]
     if args.dry_run:
         for j in jobs:
             print(f"would run {j.paper.slug} [{j.profile}] ({j.reason})")
@@ -76,8 +70,6 @@ def cmd_run(args) -> int:
     try:
         run_batch(jobs, summary, root, n_jobs=args.jobs, timeout=args.timeout, scheduler=args.scheduler,
                   progress=not args.no_progress)
-    except RunError:
-        raise
     except KeyboardInterrupt:
         return 130
     print("\n".join(summary.lines()) + f"\n({_fmt_seconds(time.perf_counter() - t0)} in all)", file=sys.stderr)
@@ -158,7 +150,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run even if the result is up to date")
     p.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--only-existing-results", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="all papers, their best result, stale ones flagged")
