@@ -85,11 +85,10 @@ def set_threads(n: int) -> None:
     n = max(1, int(n))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
-    if "jax" not in sys.modules:
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "intra_op_parallelism_threads" not in flags:
-            single = " --xla_cpu_multi_thread_eigen=false" if n == 1 else ""
-            os.environ["XLA_FLAGS"] = f"{flags}{single} intra_op_parallelism_threads={n}".strip()
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n == 1 and "jax" not in sys.modules and "xla_cpu_multi_thread_eigen" not in flags:
+        # XLA has no thread-count flag for the CPU backend; this one keeps its Eigen ops single-threaded
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
     try:
         from threadpoolctl import threadpool_limits
 

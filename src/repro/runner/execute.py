@@ -59,9 +59,8 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     threads = spec.get("threads") or max(1, (os.cpu_count() or 1) // _worker_slots())
     env = dict(os.environ)
     env.update({var: str(threads) for var in THREAD_VARS})
-    if "intra_op_parallelism_threads" not in env.get("XLA_FLAGS", ""):  # JAX reads this once, at import
-        single = "--xla_cpu_multi_thread_eigen=false " if threads == 1 else ""
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {single}intra_op_parallelism_threads={threads}".strip()
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in env.get("XLA_FLAGS", ""):  # read once, at import
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     cwd = spec.get("cwd")
