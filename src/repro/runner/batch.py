@@ -62,6 +62,9 @@ def git_state(root: Path) -> dict[str, Any]:
             return None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("REPRO_GIT_COMMIT"):
+        # a copy of the tree without .git (a remote GPU machine): the caller says which commit it is
+        return {"commit": os.environ["REPRO_GIT_COMMIT"], "dirty": os.environ.get("REPRO_GIT_DIRTY") == "1"}
     dirty = git("status", "--porcelain", "--", "src", "notebooks", "requirements.lock")
     return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
 
