@@ -8,6 +8,18 @@ from torch import nn
 from repro.core.train_torch import TrainHistory, to_device, train, warmup_cosine_factor
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run far faster on one thread (and two pytest workers share two cores)."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(n)
+
+
 def test_warmup_cosine_rises_linearly_then_decays_to_the_floor():
     f = [warmup_cosine_factor(s, 100, 10, 0.1) for s in range(100)]
     np.testing.assert_allclose(f[:10], np.arange(1, 11) / 10)
@@ -38,19 +50,19 @@ def test_training_fits_a_linear_model_and_records_the_schedule():
     model = nn.Linear(3, 1)
     batch, loss, w_true = _regression()
     seen = []
-    h = train(model, batch, loss, steps=400, lr=0.05, warmup=0.1, grad_clip=10.0, progress=False,
-              eval_fn=lambda m, s: seen.append(s) or float(m.weight.sum()), eval_at=[0, 200, 400],
-              checkpoint_at=[100, 400])
-    assert isinstance(h, TrainHistory) and h.steps == 400
+    h = train(model, batch, loss, steps=200, lr=0.1, warmup=0.1, grad_clip=10.0, progress=False,
+              eval_fn=lambda m, s: seen.append(s) or float(m.weight.sum()), eval_at=[0, 100, 200],
+              checkpoint_at=[50, 200])
+    assert isinstance(h, TrainHistory) and h.steps == 200
     assert h.losses[-20:].mean() < 1e-3 < h.losses[:5].mean()
     assert torch.allclose(model.weight.detach().T, w_true, atol=0.02)
-    np.testing.assert_allclose(h.lrs, [0.05 * warmup_cosine_factor(s, 400, 40) for s in range(400)])
-    assert seen == [0, 200, 400] and set(h.evals) == {0, 200, 400}
-    assert set(h.checkpoints) == {100, 400}
-    assert torch.equal(h.checkpoints[400]["weight"], model.weight.detach())
-    assert not torch.equal(h.checkpoints[100]["weight"], h.checkpoints[400]["weight"])
+    np.testing.assert_allclose(h.lrs, [0.1 * warmup_cosine_factor(s, 200, 20) for s in range(200)])
+    assert seen == [0, 100, 200] and set(h.evals) == {0, 100, 200}
+    assert set(h.checkpoints) == {50, 200}
+    assert torch.equal(h.checkpoints[200]["weight"], model.weight.detach())
+    assert not torch.equal(h.checkpoints[50]["weight"], h.checkpoints[200]["weight"])
     assert np.isfinite(h.grad_norms).all() and h.seconds > 0
-    assert h.smoothed(10).shape == (400,) and not model.training
+    assert h.smoothed(10).shape == (200,) and not model.training
 
 
 def test_gradient_clipping_bounds_the_update():

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import claims_cell, make_notebook, record
+from toyproject import claims_cell, make_notebook, record
 
 from repro.cli import main
 

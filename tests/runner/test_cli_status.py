@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_notebook, claims_cell
+from toyproject import make_notebook, claims_cell
 
 from repro.cli import main
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import record
+from toyproject import record
 
 from repro.cli import main
 

@@ -1,0 +1,1 @@
+"""Bayesian inference chapter: amortised posteriors (prior-data fitted networks and relatives)."""
