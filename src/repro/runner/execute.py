@@ -62,6 +62,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     if threads == 1 and "xla_cpu_multi_thread_eigen" not in env.get("XLA_FLAGS", ""):  # read once, at import
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TQDM_DISABLE", "1")  # progress bars are for interactive runs; recorded pages stay clean
     env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     cwd = spec.get("cwd")
     if cwd and not Path(cwd).is_dir():
