@@ -1,0 +1,167 @@
+"""Small offline data sets and the MNIST loader, as NumPy float64 arrays.
+
+- :func:`unit_circle`: points ``(cos g, sin g)`` (the toy inputs of the infinite-width papers);
+- :func:`digits`: scikit-learn's bundled 8x8 digits (1797 images, no download), a class subset;
+- :func:`mnist`: the real MNIST, for full profiles. Reads torchvision's copy when torchvision is
+  installed, else the raw IDX files under ``root/MNIST/raw``; it downloads only when asked
+  (``download=True``) and otherwise fails with :class:`DataUnavailable` saying where it looked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+NORMALIZATIONS = ("l2", "sphere", "standardize", None)
+TARGETS = ("auto", "pm1", "onehot", "label")
+
+
+class DataUnavailable(FileNotFoundError):
+    """A data set is not on this machine (and downloading was not requested or not possible)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: np.ndarray  # (n, d) float64 inputs
+    y: np.ndarray  # (n,) or (n, k) float64 targets
+    labels: np.ndarray  # (n,) int class labels
+    classes: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def unit_circle(angles) -> np.ndarray:
+    """Points ``(cos g, sin g)`` on the unit circle, shape ``(n, 2)``, float64."""
+    g = np.asarray(angles, dtype=np.float64).reshape(-1)
+    return np.stack([np.cos(g), np.sin(g)], axis=1)
+
+
+def normalize_rows(x: np.ndarray, how: str | None) -> np.ndarray:
+    """``"l2"``: unit norm rows; ``"sphere"``: rows of norm ``sqrt(d)`` (coordinates of order 1, what a
+    ``1/sqrt(n0)`` input layer expects); ``"standardize"``: zero-mean unit-variance features; ``None``."""
+    x = np.asarray(x, dtype=np.float64)
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {how!r}; choose one of {NORMALIZATIONS}")
+    if how in ("l2", "sphere"):
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms > 0, norms, 1.0)
+        return x * np.sqrt(x.shape[1]) if how == "sphere" else x
+    if how == "standardize":
+        sd = x.std(axis=0)
+        return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    return x
+
+
+def _targets(labels: np.ndarray, classes: Sequence[int], targets: str) -> np.ndarray:
+    if targets not in TARGETS:
+        raise ValueError(f"unknown targets {targets!r}; choose one of {TARGETS}")
+    index = np.searchsorted(np.asarray(classes), labels)
+    if targets == "auto":
+        targets = "pm1" if len(classes) == 2 else "onehot"
+    if targets == "pm1":
+        if len(classes) != 2:
+            raise ValueError("targets='pm1' needs exactly two classes")
+        return np.where(index == 1, 1.0, -1.0)  # classes[0] -> -1, classes[1] -> +1
+    if targets == "onehot":
+        return np.eye(len(classes))[index]
+    return labels.astype(np.float64)
+
+
+def _subset(x: np.ndarray, labels: np.ndarray, n: int | None, classes: Sequence[int] | None, normalize: str | None,
+            seed: int, targets: str, name: str) -> Dataset:
+    classes = tuple(sorted(set(int(c) for c in (classes if classes is not None else np.unique(labels)))))
+    idx = np.flatnonzero(np.isin(labels, classes))
+    if n is None:
+        n = idx.size
+    if not 1 <= n <= idx.size:
+        raise ValueError(f"{name}: asked for n={n} examples of classes {classes}, but only {idx.size} exist")
+    pick = np.sort(np.random.default_rng(seed).permutation(idx)[:n])
+    lab = labels[pick].astype(int)
+    return Dataset(x=normalize_rows(x[pick], normalize), y=_targets(lab, classes, targets), labels=lab,
+                   classes=classes)
+
+
+def digits(n: int | None = 200, classes: Sequence[int] | None = (0, 1), normalize: str | None = "l2", seed: int = 0,
+           targets: str = "auto") -> Dataset:
+    """A random subset of scikit-learn's 8x8 digits (``d = 64``), bundled with scikit-learn (offline).
+
+    ``targets="auto"``: +-1 for two classes (``classes[1]`` is +1), one-hot otherwise.
+    """
+    x, labels = _bundled_digits()
+    return _subset(x, labels, n, classes, normalize, seed, targets, "digits")
+
+
+def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The arrays of ``sklearn.datasets.load_digits``, read from the file scikit-learn ships (importing
+    ``sklearn.datasets`` costs seconds); falls back to ``load_digits`` if the file moved."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(int)
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return data.data, data.target
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where downloaded data sets live: ``root``, else ``$REPRO_DATA``, else ``~/.cache/repro/data``."""
+    return Path(root or os.environ.get("REPRO_DATA") or Path.home() / ".cache" / "repro" / "data")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _mnist_arrays(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        torchvision = None
+    if torchvision is not None:
+        from torchvision.datasets import MNIST
+
+        try:
+            ds = MNIST(str(root), train=train, download=download)
+        except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True ..."
+            raise DataUnavailable(f"MNIST is not under {root} ({exc}); pass download=True on a machine with "
+                                  "internet access, or copy torchvision's MNIST folder there") from exc
+        return ds.data.numpy(), ds.targets.numpy()
+    prefix = "train" if train else "t10k"
+    raw = root / "MNIST" / "raw"
+    found = {}
+    for kind, stem in (("x", f"{prefix}-images-idx3-ubyte"), ("y", f"{prefix}-labels-idx1-ubyte")):
+        for cand in (raw / stem, raw / f"{stem}.gz"):
+            if cand.exists():
+                found[kind] = cand
+                break
+    if len(found) < 2:
+        hint = ("install torchvision and pass download=True on a machine with internet access"
+                if download else "pass download=True (needs torchvision and internet access)")
+        raise DataUnavailable(f"MNIST IDX files not found under {raw}; {hint}, or copy "
+                              f"{prefix}-images-idx3-ubyte(.gz) and {prefix}-labels-idx1-ubyte(.gz) there")
+    return _read_idx(found["x"]), _read_idx(found["y"])
+
+
+def mnist(n: int | None = None, classes: Sequence[int] | None = None, normalize: str | None = "l2", seed: int = 0,
+          *, train: bool = True, targets: str = "auto", root: str | os.PathLike | None = None,
+          download: bool = False) -> Dataset:
+    """A random subset of MNIST (28x28 flattened, ``d = 784``), pixels scaled to [0, 1] before normalizing."""
+    images, labels = _mnist_arrays(data_root(root), train, download)
+    x = images.reshape(images.shape[0], -1).astype(np.float64) / 255.0
+    return _subset(x, np.asarray(labels), n, classes, normalize, seed, targets, "mnist")
