@@ -18,6 +18,7 @@ import platform
 import random
 import resource
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -86,9 +87,13 @@ def set_threads(n: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
     flags = os.environ.get("XLA_FLAGS", "")
-    if n == 1 and "jax" not in sys.modules and "xla_cpu_multi_thread_eigen" not in flags:
-        # XLA has no thread-count flag for the CPU backend; this one keeps its Eigen ops single-threaded
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+    if n == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        if "jax" in sys.modules:
+            warnings.warn("JAX was imported before repro.profiles.setup(), so it keeps its default CPU threads; "
+                          "call setup() before importing JAX-based modules", stacklevel=3)
+        else:
+            # XLA has no thread-count flag for the CPU backend; this one keeps its Eigen ops single-threaded
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
     try:
         from threadpoolctl import threadpool_limits
 
