@@ -70,6 +70,7 @@ class Paper:
     framework: str | None = None
     official_code: str | None = None
     kind: str = "article"
+    note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -125,6 +126,8 @@ class Paper:
             fields["archiveprefix"] = "arXiv"
         if self.link:
             fields["url"] = self.link
+        if self.note:
+            fields["note"] = esc(self.note)
         body = ",\n".join(f"  {k} = {{{v}}}" for k, v in fields.items())
         return f"@{kind}{{{self.slug},\n{body}\n}}\n"
 
@@ -156,12 +159,12 @@ def _validate(entry: Any, index: int) -> Paper:
     kind = entry.get("kind", "article")
     if kind not in KINDS:
         raise CatalogError(f"{where}: field 'kind' is {kind!r}; known: {', '.join(KINDS)}")
-    known = set(REQUIRED) | {"url", "framework", "official_code", "kind"}
+    known = set(REQUIRED) | {"url", "framework", "official_code", "kind", "note"}
     return Paper(
         slug=slug, title=entry["title"].strip(), authors=tuple(authors), year=entry["year"],
         venue=str(entry["venue"] or ""), arxiv=arxiv, chapter=entry["chapter"], tier=entry["tier"],
         abstract=str(entry["abstract"] or "").strip(), url=entry.get("url"), framework=entry.get("framework"),
-        official_code=entry.get("official_code"), kind=kind,
+        official_code=entry.get("official_code"), kind=kind, note=entry.get("note"),
         extra={k: v for k, v in entry.items() if k not in known},
     )
 

@@ -148,7 +148,8 @@ def planned_page(p: Paper, row: dict[str, Any]) -> str:
     abstract = "\n".join(f"> {line}" if line else ">" for line in p.abstract.splitlines()) or "> —"
     return (f"# {p.title}\n\n{status_badge(row)}\n\n"
             f"{_md(authors)} ({p.year}). *{_md(p.venue)}*. {arxiv_link(p)} {{cite:p}}`{p.slug}` · tier {p.tier}\n\n"
-            f"{what}\n\n**Abstract (the authors' words):**\n\n{abstract}\n")
+            + (f"{_md(p.note)}\n\n" if p.note else "")
+            + f"{what}\n\n**Abstract (the authors' words):**\n\n{abstract}\n")
 
 
 def dashboard_table(catalog: Catalog, rows: dict[str, dict]) -> str:
