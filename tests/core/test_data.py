@@ -81,3 +81,13 @@ def test_mnist_reads_raw_idx_files_when_torchvision_is_absent(tmp_path, monkeypa
     assert ds.x.max() <= 1.0
     with pytest.raises(data.DataUnavailable, match="download=True"):
         data.mnist(10, root=tmp_path / "empty")
+
+
+def test_mnist1d_is_generated_offline_with_the_standard_shapes():
+    from repro.core.data import mnist1d
+
+    d = mnist1d()
+    assert d["x"].shape == (4000, 40) and d["x_test"].shape == (1000, 40)
+    assert set(d["y"].tolist()) == set(range(10))
+    d["x"][0, 0] = 1e9  # callers get copies: the cached arrays stay intact
+    assert mnist1d()["x"][0, 0] != 1e9

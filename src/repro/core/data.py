@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -165,3 +166,24 @@ def mnist(n: int | None = None, classes: Sequence[int] | None = None, normalize:
     images, labels = _mnist_arrays(data_root(root), train, download)
     x = images.reshape(images.shape[0], -1).astype(np.float64) / 255.0
     return _subset(x, np.asarray(labels), n, classes, normalize, seed, targets, "mnist")
+
+
+@lru_cache(maxsize=2)
+def _mnist1d_arrays(seed: int) -> dict[str, np.ndarray]:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as exc:  # pragma: no cover - mnist1d is a dependency of the project
+        raise RuntimeError("MNIST-1D needs the `mnist1d` package (pip install mnist1d)") from exc
+    args = get_dataset_args()
+    args.seed = seed
+    data = make_dataset(args)  # generated procedurally: no download
+    return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
+
+
+def mnist1d(seed: int = 42) -> dict[str, np.ndarray]:
+    """MNIST-1D (Greydanus 2020): 4000 training and 1000 test sequences of length 40, ten classes, generated
+    offline by the ``mnist1d`` package (``seed`` 42 is the package's standard data set). Returns copies of
+    ``x`` (float64), ``y`` (int labels), ``x_test`` and ``y_test``."""
+    arrays = _mnist1d_arrays(seed)
+    return {"x": arrays["x"].astype(np.float64), "y": arrays["y"].astype(np.int64).copy(),
+            "x_test": arrays["x_test"].astype(np.float64), "y_test": arrays["y_test"].astype(np.int64).copy()}

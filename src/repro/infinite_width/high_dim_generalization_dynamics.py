@@ -65,6 +65,7 @@ import numpy as np
 import pandas as pd
 
 from repro.core import random_matrix as rm
+from repro.core.data import mnist1d
 from repro.profiles import build_config, require
 
 # -- the method: linear student, Eq. (1)-(9) ----------------------------------------------------------
@@ -652,11 +653,7 @@ def two_layer_experiment(cfg: Config, *, seed: int = 0, progress: bool = False) 
 def mnist1d_data(n_train: int, seed: int = 0) -> dict[str, np.ndarray]:
     """MNIST-1D (Greydanus 2020; the ``mnist1d`` package generates it procedurally, offline): ``n_train`` of its
     4000 training and its 1000 test sequences of length 40, one-hot targets."""
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as exc:  # pragma: no cover - mnist1d is a dependency of the project
-        raise RuntimeError("the MNIST-1D experiment needs the `mnist1d` package (pip install mnist1d)") from exc
-    data = make_dataset(get_dataset_args())
+    data = mnist1d()
     pick = np.sort(np.random.default_rng(seed).permutation(len(data["y"]))[:n_train])
     eye = np.eye(10)
     return {"x": data["x"][pick].astype(np.float64), "y": eye[data["y"][pick]],

@@ -63,6 +63,7 @@ import torch
 
 from repro.core import finite_mixture as fm
 from repro.core import sgld as core_sgld
+from repro.core.data import mnist1d
 from repro.core.mlp_torch import MLP
 from repro.profiles import build_config, require
 
@@ -457,11 +458,7 @@ def sgld_experiment(classes: dict[int, fm.FunctionClass], cfg: Config, *, seed: 
 def mnist1d_binary(cfg: Config, seed: int = 0) -> dict[str, torch.Tensor]:
     """Two classes of MNIST-1D (Greydanus 2020; generated procedurally by the ``mnist1d`` package, offline):
     ``mnist1d_n`` training sequences and all test sequences of those classes, standardized with training statistics."""
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as exc:  # pragma: no cover - mnist1d is a dependency of the project
-        raise RuntimeError("the MNIST-1D comparison needs the `mnist1d` package (pip install mnist1d)") from exc
-    data = make_dataset(get_dataset_args())
+    data = mnist1d()
     a, b = cfg.mnist1d_classes
 
     def pick(x, y):
