@@ -105,3 +105,22 @@ def test_unknown_settings_raise_with_the_name():
         mlp_jax.make_mlp(SIZES, activation="nope")
     with pytest.raises(ValueError, match="sizes"):
         MLP((3,))
+
+
+def test_mup_readout_bias_moves_the_output_by_a_width_independent_amount():
+    import torch
+
+    from repro.core.mlp_torch import MLP
+
+    changes = []
+    for width in (256, 4096):
+        torch.manual_seed(0)
+        net = MLP((4, width, width, 1), parametrization="mup", beta=0.1)
+        x = torch.ones(1, 4) / 2
+        out = net(x).sum()
+        out.backward()
+        bias = net.biases[-1]
+        with torch.no_grad():
+            step = 0.1 * width * bias.grad  # the width-scaled SGD learning rate of this scheme, bias only
+            changes.append(float(net.multipliers[-1][1] * step.abs().sum()))
+    assert changes[1] / changes[0] < 2.0  # was 16x (linear in width) before the 1/sqrt(fan_in) bias multiplier

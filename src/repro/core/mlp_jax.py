@@ -34,7 +34,12 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-PARAMETRIZATIONS: tuple[str, ...] = ("ntk", "standard", "mup")
+from repro.core.parametrization import (  # noqa: F401 - re-exported
+    PARAMETRIZATIONS,
+    check_parametrization as _check_parametrization,
+    layer_multipliers,
+)
+
 
 Params = list[dict[str, jax.Array]]
 
@@ -64,12 +69,6 @@ def get_activation(activation: str | Callable) -> Callable[[jax.Array], jax.Arra
     except KeyError:
         raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)} "
                          "or pass a callable") from None
-
-
-def _check_parametrization(parametrization: str) -> None:
-    if parametrization not in PARAMETRIZATIONS:
-        raise ValueError(f"unknown parametrization {parametrization!r}; choose one of "
-                         f"{', '.join(PARAMETRIZATIONS)}")
 
 
 def init_mlp(key: jax.Array, sizes: Sequence[int], *, parametrization: str = "ntk", weight_var: float = 1.0,
@@ -129,23 +128,6 @@ def init_mlp_numpy(seed, sizes: Sequence[int], *, parametrization: str = "ntk", 
             w, b = w * np.sqrt(weight_var / fan_in), b * beta
         params.append({"w": w, "b": b})
     return params
-
-
-def layer_multipliers(sizes: Sequence[int], parametrization: str = "ntk", weight_var: float = 1.0,
-                      beta: float = 0.1) -> list[tuple[float, float]]:
-    """``(weight multiplier, bias multiplier)`` of each layer in the forward pass."""
-    _check_parametrization(parametrization)
-    s = float(weight_var) ** 0.5
-    out = []
-    last = len(sizes) - 2
-    for i, fan_in in enumerate(sizes[:-1]):
-        if parametrization == "standard":
-            out.append((1.0, 1.0))
-        elif parametrization == "mup" and i == last:
-            out.append((s / fan_in, beta))
-        else:
-            out.append((s / fan_in**0.5, beta))
-    return out
 
 
 def apply_mlp(params: Params, x: jax.Array, *, parametrization: str = "ntk", activation: str | Callable = "relu",

@@ -2,7 +2,7 @@
 
 ``MLP(sizes, parametrization="ntk", activation="relu", beta=0.1, weight_var=1.0)`` computes, per layer,
 ``h = m * a @ W.T + bias_mult * b`` with the multipliers of
-:func:`repro.core.mlp_jax.layer_multipliers` ("ntk": N(0, 1) weights, ``m = sqrt(weight_var/fan_in)``,
+:func:`repro.core.parametrization.layer_multipliers` ("ntk": N(0, 1) weights, ``m = sqrt(weight_var/fan_in)``,
 bias multiplier ``beta``). Weights are stored torch-style, ``(fan_out, fan_in)``.
 """
 
@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from repro.core.mlp_jax import PARAMETRIZATIONS, layer_multipliers
+from repro.core.parametrization import PARAMETRIZATIONS, layer_multipliers
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": torch.relu,
