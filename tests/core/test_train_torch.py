@@ -95,7 +95,7 @@ def test_to_device_moves_nested_tensors_and_keeps_other_values():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(steps=0), "steps"), (dict(warmup=1.0), "warmup"), (dict(schedule="step"), "schedule"),
-    (dict(optimizer="sgd"), "optimizer"), (dict(eval_at=[11]), "outside"),
+    (dict(optimizer="lbfgs"), "optimizer"), (dict(eval_at=[11]), "outside"),
 ])
 def test_bad_arguments_raise(kwargs, match):
     args = dict(steps=10, progress=False)
@@ -103,3 +103,25 @@ def test_bad_arguments_raise(kwargs, match):
     batch, loss, _ = _regression()
     with pytest.raises(ValueError, match=match):
         train(nn.Linear(3, 1), batch, loss, **args)
+
+
+def test_sgd_matches_a_hand_written_gradient_step():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    w0 = model.weight.detach().clone()
+    loss = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()  # noqa: E731
+    grad = torch.autograd.grad(loss(model, (x, y)), model.weight)[0]
+    train(model, lambda s: (x, y), loss, steps=1, lr=0.1, optimizer="sgd", warmup=0.0, schedule="constant",
+          progress=False)
+    assert torch.allclose(model.weight.detach(), w0 - 0.1 * grad, atol=1e-6)
+
+
+def test_a_given_optimizer_keeps_its_per_group_learning_rates_under_the_schedule():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Linear(4, 1))
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 1.0},
+                           {"params": model[1].parameters(), "lr": 0.01}])
+    x = torch.randn(4, 2)
+    train(model, lambda s: x, lambda m, b: m(b).pow(2).mean(), steps=4, lr=1.0, optimizer=opt, warmup=0.5,
+          schedule="constant", progress=False)
+    assert [g["lr"] for g in opt.param_groups] == [1.0, 0.01]  # after warm-up: each group at its own rate

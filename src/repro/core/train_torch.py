@@ -69,17 +69,20 @@ class TrainHistory:
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float,
-                   betas: tuple[float, float]) -> torch.optim.Optimizer:
+                   betas: tuple[float, float], momentum: float = 0.0) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'adam' or 'adamw', got {name!r}")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'adam', 'adamw', 'sgd' or a torch.optim.Optimizer, got {name!r}")
 
 
 def train(model: nn.Module, batches: Callable[[int], Any] | Iterable[Any],
           loss_fn: Callable[[nn.Module, Any], torch.Tensor], *, steps: int, lr: float = 1e-3,
-          optimizer: str = "adam", weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+          optimizer: str | torch.optim.Optimizer = "adam", weight_decay: float = 0.0,
+          betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.0,
           warmup: float = 0.1, schedule: str = "cosine", min_lr_ratio: float = 0.0,
           grad_clip: float | None = None, device: torch.device | str | None = None, amp: bool = False,
           eval_fn: Callable[[nn.Module, int], Any] | None = None, eval_at: Iterable[int] = (),
@@ -90,6 +93,9 @@ def train(model: nn.Module, batches: Callable[[int], Any] | Iterable[Any],
     ``warmup`` is a fraction of ``steps`` in [0, 1); ``schedule`` is ``"cosine"`` (after the warm-up) or
     ``"constant"``. ``eval_at`` / ``checkpoint_at`` count completed steps (0 = before the first step).
     ``amp`` uses bf16 autocast on CUDA and is ignored on CPU. The model is left in eval mode on ``device``.
+    ``optimizer`` may also be a ready :class:`torch.optim.Optimizer` over the model's parameters: each of its
+    parameter groups keeps its own learning rate (per-layer rates, as in muP), scaled by the schedule; ``lr``
+    is then only the rate recorded in the history.
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
@@ -105,7 +111,12 @@ def train(model: nn.Module, batches: Callable[[int], Any] | Iterable[Any],
         device = next(model.parameters()).device
     device = torch.device(device)
     model.to(device)
-    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, betas)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        opt = optimizer
+        base_lrs = [float(g["lr"]) for g in opt.param_groups]
+    else:
+        opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, betas, momentum)
+        base_lrs = [lr] * len(opt.param_groups)
     warmup_steps = int(round(warmup * steps))
 
     def factor(step: int) -> float:
@@ -138,9 +149,10 @@ def train(model: nn.Module, batches: Callable[[int], Any] | Iterable[Any],
     t_start = time.perf_counter()
     for step in bar:
         model.train()
-        lrs[step] = lr * factor(step)
-        for group in opt.param_groups:
-            group["lr"] = lrs[step]
+        f = factor(step)
+        lrs[step] = lr * f
+        for group, base in zip(opt.param_groups, base_lrs):
+            group["lr"] = base * f
         batch = to_device(get_batch(step) if callable(batches) else get_batch(), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = loss_fn(model, batch)
