@@ -20,6 +20,7 @@ import resource
 import sys
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 PROFILES: tuple[str, ...] = ("smoke", "cpu", "full")
@@ -108,6 +109,23 @@ def set_threads(n: int) -> None:
         pass
 
 
+def enable_jax_cache() -> None:
+    """Keep JAX's compiled programs on disk (``$REPRO_JAX_CACHE``, default ``~/.cache/repro/jax``; ``0`` turns it
+    off), so a re-run or ``repro verify`` does not compile the same kernels again. Cheap: JAX is not imported."""
+    where = os.environ.get("REPRO_JAX_CACHE", str(Path.home() / ".cache" / "repro" / "jax"))
+    if where in ("", "0", "off"):
+        return
+    settings = {"JAX_COMPILATION_CACHE_DIR": where, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    for var, value in settings.items():
+        os.environ.setdefault(var, value)
+    if "jax" in sys.modules:  # too late for the environment: tell the config directly
+        import jax
+
+        if not jax.config.jax_compilation_cache_dir:
+            jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a notebook run needs to know about where and how it runs."""
@@ -155,6 +173,7 @@ def setup(profile: str = "cpu", seed: int = 0, device: str = "auto", *, threads:
     check_profile(profile)
     n = threads if threads is not None else default_threads(profile)
     set_threads(n)
+    enable_jax_cache()
     if jax_x64:
         import jax
 
