@@ -34,7 +34,7 @@ status: $(STAMP)
 test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --timeout 900 tests
 	$(BIN)/python tools/smoke_notebooks.py --out build/smoke
-	$(BIN)/python -m pytest -n 2 -q --nbval-lax --timeout 300 -p no:cacheprovider build/smoke
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q --nbval-lax --timeout 120 -p no:cacheprovider build/smoke
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not browser" tests
