@@ -65,7 +65,7 @@ def git_state(root: Path) -> dict[str, Any]:
     if commit is None and os.environ.get("REPRO_GIT_COMMIT"):
         # a copy of the tree without .git (a remote GPU machine): the caller says which commit it is
         return {"commit": os.environ["REPRO_GIT_COMMIT"], "dirty": os.environ.get("REPRO_GIT_DIRTY") == "1"}
-    dirty = git("status", "--porcelain", "--", "src", "notebooks", "requirements.lock")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "notebooks", "requirements.lock")
     return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
 
 
