@@ -188,12 +188,24 @@ def current() -> RunContext | None:
     return _CURRENT
 
 
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def device_name(device: str) -> str:
+    """A readable name: the GPU's model, or the CPU's model and how many cores this process may use."""
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.get_device_name(torch.device(device))
-    return platform.processor() or platform.machine() or "cpu"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{_cpu_model() or platform.machine() or 'CPU'}, {cores} cores"
 
 
 def environment(ctx: RunContext | None = None) -> dict[str, Any]:
